@@ -111,6 +111,14 @@ class PairFeatureNet(nn.Module):
         return p * p_mask[..., None]
 
 # %% ../nbs/02_model.ipynb #143404ad
+def _gate(x:torch.Tensor, gate:torch.Tensor, mask:torch.Tensor|None=None) -> torch.Tensor:
+    "`x * sigmoid(gate) (* mask)`, in place on `gate` when no gradient is needed (sampling), to spare memory traffic."
+    if torch.is_grad_enabled():
+        out = x * torch.sigmoid(gate)
+        return out if mask is None else out * mask
+    out = torch.sigmoid_(gate).mul_(x)
+    return out if mask is None else out.mul_(mask)
+
 class TriangleMultiplication(nn.Module):
     "Triangular multiplicative update, outgoing (Alg. 11) or incoming (Alg. 12) edges."
     def __init__(self, c_p:int, c_hidden:int, outgoing:bool=True):
@@ -127,13 +135,21 @@ class TriangleMultiplication(nn.Module):
 
     def forward(self, z:torch.Tensor, p_mask:torch.Tensor) -> torch.Tensor:
         "`z` [b, n, n, c_p], `p_mask` [b, n, n] → update [b, n, n, c_p]."
+        b_, n = z.shape[:2]
         z = self.layer_norm_in(z)
-        m = p_mask[..., None]
-        a = self.linear_a_p(z) * torch.sigmoid(self.linear_a_g(z)) * m                        # [b, n, n, c]
-        b = self.linear_b_p(z) * torch.sigmoid(self.linear_b_g(z)) * m
-        eq = 'bikc,bjkc->bijc' if self.outgoing else 'bkic,bkjc->bijc'
-        x = self.linear_z(self.layer_norm_out(torch.einsum(eq, a, b)))
-        return x * torch.sigmoid(self.linear_g(z))
+        # the four gated projections in one matrix product, written channel-first ([b, 4c, n*n]) so that the
+        # triangle sums below are plain batched matrix products with no transposed copies of the pair tensor
+        # (the biases ride along as a fifth input channel of ones: cheaper than adding them to the [b, 4c, n, n] result)
+        lins = (self.linear_a_p, self.linear_a_g, self.linear_b_p, self.linear_b_g)
+        w = torch.cat([torch.cat([l.weight, l.bias[:, None]], 1) for l in lins])                # [4c, c_p + 1]
+        z1 = torch.cat([z, z.new_ones(*z.shape[:-1], 1)], -1).view(b_, n * n, -1)               # [b, n*n, c_p + 1]
+        a_p, a_g, b_p, b_g = (w @ z1.transpose(1, 2)).view(b_, 4, -1, n, n).unbind(1)          # [b, c, n, n] each
+        m = p_mask[:, None]
+        a, b = _gate(a_p, a_g, m), _gate(b_p, b_g, m)
+        # outgoing: x_ij = Σ_k a_ik b_jk;  incoming: x_ij = Σ_k a_ki b_kj
+        x = a @ b.transpose(-1, -2) if self.outgoing else a.transpose(-1, -2) @ b               # [b, c, n, n]
+        x = self.linear_z(self.layer_norm_out(x.permute(0, 2, 3, 1)))                           # [b, n, n, c_p]
+        return _gate(x, self.linear_g(z))
 
 # %% ../nbs/02_model.ipynb #3c6a90c7
 class Attention(nn.Module):
@@ -181,8 +197,15 @@ class PairTransition(nn.Module):
         self.layer_norm = nn.LayerNorm(c_p)
         self.linear_1 = Linear(c_p, n * c_p, init='relu')
         self.linear_2 = Linear(n * c_p, c_p, init='final')
-    def forward(self, z, p_mask):
-        return self.linear_2(torch.relu(self.linear_1(self.layer_norm(z)))) * p_mask[..., None]
+    def _mlp(self, z): return self.linear_2(torch.relu(self.linear_1(self.layer_norm(z))))
+    def forward(self, z, p_mask, chunk:int=2**16):
+        if torch.is_grad_enabled() or z[..., 0].numel() <= chunk:
+            return self._mlp(z) * p_mask[..., None]
+        # without autograd, go through the pairs in blocks of about `chunk`, so that the 4x wider hidden activations
+        # stay in cache instead of streaming [b, n, n, 4c] through memory (same numbers, faster on CPU)
+        flat = z.reshape(-1, z.shape[-1])
+        out = torch.cat([self._mlp(part) for part in flat.split(chunk)]).view_as(z)
+        return out * p_mask[..., None]
 
 class PairTransformLayer(nn.Module):
     "One layer of the pair stack."
@@ -215,6 +238,9 @@ class PairTransformNet(nn.Module):
         self.checkpointing = checkpointing
         self.net = nn.ModuleList([PairTransformLayer(m) for _ in range(m.n_pair_transform_layer)])
     def forward(self, z, p_mask):
+        if not torch.is_grad_enabled() and z.shape[0] > 1:
+            # sampling: one protein at a time through the stack keeps its [n, n, c] tensors in cache (same numbers)
+            return torch.cat([self(z[i:i + 1], p_mask[i:i + 1]) for i in range(z.shape[0])])
         for layer in self.net:
             if self.checkpointing and self.training and torch.is_grad_enabled():
                 z = checkpoint(layer, z, p_mask, use_reentrant=False)
