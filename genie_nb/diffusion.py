@@ -117,14 +117,18 @@ def frenet_frames(x:torch.Tensor, # [b, n, 3] Cα coordinates (padding anywhere 
     return torch.where(valid[..., None, None], rots, eye)
 
 # %% ../nbs/01_diffusion.ipynb #1e5fddce
-def randn_per_sample(shape, # full shape, batch first
+def randn_per_sample(shape, # full shape, batch first: [b, n, ...]
                      generators=None, # one `torch.Generator` per batch row, or None for the global RNG
+                     lengths=None, # [b] real lengths along dim 1: row i draws [lengths[i], ...] and is zero-padded
                      device=None, dtype=torch.float32) -> torch.Tensor:
-    "Standard normal noise whose row `i` comes from `generators[i]` alone."
+    "Standard normal noise whose row `i` comes from `generators[i]` alone (and never depends on the padding)."
     if generators is None: return torch.randn(shape, device=device, dtype=dtype)
     if len(generators) != shape[0]: raise ValueError(f"{len(generators)} generators for a batch of {shape[0]}")
-    return torch.stack([torch.randn(shape[1:], generator=g, dtype=dtype, device=g.device).to(device)
-                        for g in generators])
+    out = torch.zeros(shape, device=device, dtype=dtype)
+    for i, g in enumerate(generators):
+        n = shape[1] if lengths is None else int(lengths[i])
+        out[i, :n] = torch.randn((n, *shape[2:]), generator=g, dtype=dtype, device=g.device).to(device)
+    return out
 
 class Diffusion(nn.Module):
     "Genie's Gaussian diffusion on Cα translations, with frames recomputed as Frenet frames."

@@ -431,7 +431,7 @@ def loss(self:Genie, x0:torch.Tensor, # [b, n, 3] clean Cα coordinates
     if t is None:
         t = (torch.stack([torch.randint(0, self.diffusion.n_timestep, (1,), generator=g) for g in generators])[:, 0]
              if generators is not None else torch.randint(0, self.diffusion.n_timestep, (b,))).to(mask.device)
-    if noise is None: noise = randn_per_sample((b, n, 3), generators, device=mask.device)
+    if noise is None: noise = randn_per_sample((b, n, 3), generators, lengths=mask.sum(-1), device=mask.device)
     xt, noise = self.diffusion.q_sample(centre(x0, mask), t, mask, noise)
     pred_noise = xt.trans - self(xt, t, mask).trans
     return noise_loss(pred_noise, noise, mask, denominator)

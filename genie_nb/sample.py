@@ -15,6 +15,7 @@ from .config import run_cli
 from .model import Genie
 from .model_io import load_model
 from .data import save_genie_coords
+from .train import mix_seed
 
 # %% auto #0
 __all__ = ['sample_seed', 'Sample', 'sample', 'write_pdb', 'done_samples', 'write_samples', 'plot_trace', 'plot_distance_map',
@@ -22,14 +23,12 @@ __all__ = ['sample_seed', 'Sample', 'sample', 'write_pdb', 'done_samples', 'writ
 
 # %% ../nbs/06_sampling.ipynb #1c1d0ef7
 _all_ = ['load_model']
+_SAMPLING = 6  # seed stream of sampling (training's streams ORDER, SAMPLE, DROPOUT, VAL, INIT are 1-5)
 
 # %% ../nbs/06_sampling.ipynb #ca6bc876
 def sample_seed(seed:int, length:int, index:int) -> int:
-    "The seed of sample `index` of length `length` in a run seeded with `seed` (SplitMix64-style mixing)."
-    x = (int(seed) * 0x9E3779B97F4A7C15 + int(length) * 0xBF58476D1CE4E5B9 + int(index) * 0x94D049BB133111EB) % 2**64
-    for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
-        x = ((x ^ (x >> shift)) * mult) % 2**64
-    return (x ^ (x >> 31)) >> 1
+    "The seed of sample `index` of length `length` in a run seeded with `seed`."
+    return mix_seed(seed, _SAMPLING, length, index)
 
 # %% ../nbs/06_sampling.ipynb #b3e38ddb
 @dataclass

@@ -14,9 +14,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from fastcore.script import call_parse, store_true, is_cli
+from fastcore.script import call_parse, store_true
 
-from .config import GenieConfig, read_config, write_config
+from .config import GenieConfig, read_config, write_config, run_cli
 from .model import Genie
 from .data import (ProteinSet, scan_structures, source_files, pad_batch, random_crop, split_holdout,
                            mdanalysis_chain_files)
@@ -505,9 +505,7 @@ def _end_epoch(cfg, genie, opt, ema, val_set, d, epoch, step, extra, metrics, ro
     return path
 
 # %% ../nbs/05_training.ipynb #02ff7f19
-_SHORT = {'-c': '--config', '-r': '--rootdir'}
-
-@call_parse(nested=True)
+@call_parse
 def genie_train(config:str=None, # configuration file (-c), e.g. runs/NAME/configuration
                 data:str=None, # folder or file of structures; default: the configuration's dataDirectory
                 mdanalysis:store_true=False, # train on the 50 real chains of MDAnalysisTests
@@ -518,12 +516,6 @@ def genie_train(config:str=None, # configuration file (-c), e.g. runs/NAME/confi
                 quiet:store_true=False, # no progress output
                ):
     "Train Genie: a new version of the run named in the configuration, or `--resume` the newest one."
-    if is_cli(genie_train):                                                # -c / -r: fastcore knows long flags only
-        import argparse
-        p = argparse.ArgumentParser(prog='genie_train')
-        p.add_argument('-c', dest='config'); p.add_argument('-r', dest='rootdir')
-        short = p.parse_args(sys.argv[1:])                                  # unknown flags end here, with an error
-        config, rootdir = config or short.config, rootdir or short.rootdir
     if config is None: raise SystemExit('genie_train: give a configuration file with -c/--config')
     try: cfg = read_config(config)
     except (OSError, ValueError) as e: raise SystemExit(f'genie_train: {e}')
@@ -531,3 +523,7 @@ def genie_train(config:str=None, # configuration file (-c), e.g. runs/NAME/confi
     except TrainingDiverged as e: raise SystemExit(f'genie_train: {e}')
     if not quiet and int(os.environ.get('RANK', 0)) == 0:
         print(f'done: {res.global_step} steps, {res.epoch} epochs, {res.n_train} training chains -> {res.version_dir}')
+
+def _cli():
+    "Entry point of the `genie_train` command: the original's short flags `-c -r`, then `genie_train`'s parser."
+    run_cli(genie_train, c='config', r='rootdir')

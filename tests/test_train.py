@@ -35,7 +35,7 @@ def tiny_cfg(**training) -> GenieConfig:
     return cfg
 
 
-def cli(*args) -> list: return [sys.executable, '-m', 'genie_nb.train', *map(str, args)]
+def cli(*args) -> list: return ['genie_train', *map(str, args)]  # the console script, as a user runs it
 
 
 def assert_same_tensors(a, b, where=''):
