@@ -250,7 +250,7 @@ def _dist():
 
 # %% ../nbs/06_sampling.ipynb #ceb5eeaf
 @call_parse
-def genie_sample(name:str=None, # run name under ROOTDIR (-n); none: the default model shipped with the package
+def genie_sample(name:str=None, # run name under ROOTDIR (-n); without it, `model_io.DEFAULT_MODEL` (none ships yet)
                  rootdir:str='runs', # root folder of runs (-r)
                  version:int=None, # run version (-v); default: newest
                  epoch:int=None, # checkpoint epoch (-e); default: newest good one
