@@ -11,7 +11,7 @@ from .config import GenieConfig, SCHEDULES
 
 # %% auto #0
 __all__ = ['linear_beta_schedule', 'cosine_beta_schedule', 'get_betas', 'schedule_terms', 'Rigid', 'random_rotation',
-           'frenet_frames', 'randn_per_sample', 'Diffusion', 'ideal_helix', 'noise_loss']
+           'frenet_frames', 'randn_per_sample', 'Diffusion', 'noise_loss']
 
 # %% ../nbs/01_diffusion.ipynb #671ed111
 def linear_beta_schedule(n_timestep:int, start:float=1e-4, end:float=0.02) -> torch.Tensor:
@@ -152,15 +152,7 @@ class Diffusion(nn.Module):
         xt = self.sqrt_alphas_cumprod[t][:, None, None] * x0 + self.sqrt_one_minus_alphas_cumprod[t][:, None, None] * noise
         return Rigid(frenet_frames(xt, mask), xt), noise
 
-# %% ../nbs/01_diffusion.ipynb #c27bf5e3
-def ideal_helix(n:int, radius:float=2.3, rise:float=1.5, twist_deg:float=100.) -> torch.Tensor:
-    "Cα coordinates `[n, 3]` of an ideal right-handed α-helix, centred at the origin."
-    k = torch.arange(n, dtype=torch.float32)
-    a = torch.deg2rad(torch.tensor(twist_deg)) * k
-    x = torch.stack([radius * torch.cos(a), radius * torch.sin(a), rise * k], -1)
-    return x - x.mean(0)
-
-# %% ../nbs/01_diffusion.ipynb #7243151c
+# %% ../nbs/01_diffusion.ipynb #96232aca
 def noise_loss(pred_noise:torch.Tensor, # [b, n, 3] ε̂
                noise:torch.Tensor, # [b, n, 3] ε
                mask:torch.Tensor, # [b, n]
@@ -170,7 +162,7 @@ def noise_loss(pred_noise:torch.Tensor, # [b, n, 3] ε̂
     err = torch.sqrt(eps + ((pred_noise - noise) ** 2).sum(-1))              # [b, n]
     return (err * mask).sum() / (mask.sum() if denominator is None else denominator)
 
-# %% ../nbs/01_diffusion.ipynb #e6c39361
+# %% ../nbs/01_diffusion.ipynb #7243151c
 from fastcore.basics import patch
 
 @patch
@@ -191,7 +183,7 @@ def p_sample(self:Diffusion, xt:Rigid, # noisy frames at step t, shape [b, n]
     x = (mean + sigma * z) * mask[..., None]
     return Rigid(frenet_frames(x, mask), x)
 
-# %% ../nbs/01_diffusion.ipynb #9bb60552
+# %% ../nbs/01_diffusion.ipynb #43ddc965
 @patch
 @torch.no_grad()
 def sample_loop(self:Diffusion, denoiser, # callable (frames, t, mask) -> frames
