@@ -139,11 +139,15 @@ class TriangleMultiplication(nn.Module):
         z = self.layer_norm_in(z)
         # the four gated projections in one matrix product, written channel-first ([b, 4c, n*n]) so that the
         # triangle sums below are plain batched matrix products with no transposed copies of the pair tensor
-        # (the biases ride along as a fifth input channel of ones: cheaper than adding them to the [b, 4c, n, n] result)
         lins = (self.linear_a_p, self.linear_a_g, self.linear_b_p, self.linear_b_g)
-        w = torch.cat([torch.cat([l.weight, l.bias[:, None]], 1) for l in lins])                # [4c, c_p + 1]
-        z1 = torch.cat([z, z.new_ones(*z.shape[:-1], 1)], -1).view(b_, n * n, -1)               # [b, n*n, c_p + 1]
-        a_p, a_g, b_p, b_g = (w @ z1.transpose(1, 2)).view(b_, 4, -1, n, n).unbind(1)          # [b, c, n, n] each
+        if torch.is_grad_enabled():  # training: add the biases to the product (backward keeps no extra copy of z)
+            w, bias = torch.cat([l.weight for l in lins]), torch.cat([l.bias for l in lins])    # [4c, c_p], [4c]
+            proj = w @ z.view(b_, n * n, -1).transpose(1, 2) + bias[:, None]                    # [b, 4c, n*n]
+        else:  # sampling: the biases ride along as an input channel of ones, cheaper than adding them afterwards
+            w = torch.cat([torch.cat([l.weight, l.bias[:, None]], 1) for l in lins])            # [4c, c_p + 1]
+            z1 = torch.cat([z, z.new_ones(*z.shape[:-1], 1)], -1).view(b_, n * n, -1)           # [b, n*n, c_p + 1]
+            proj = w @ z1.transpose(1, 2)                                                       # [b, 4c, n*n]
+        a_p, a_g, b_p, b_g = proj.view(b_, 4, -1, n, n).unbind(1)                               # [b, c, n, n] each
         m = p_mask[:, None]
         a, b = _gate(a_p, a_g, m), _gate(b_p, b_g, m)
         # outgoing: x_ij = Σ_k a_ik b_jk;  incoming: x_ij = Σ_k a_ki b_kj
