@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_data.ipynb #3e378fa2
 from __future__ import annotations
-import gzip, importlib.util, io, json, os, tempfile, time, uuid, warnings, zlib
+import gzip, importlib.util, io, json, os, time, uuid, warnings, zlib
 from collections import Counter
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset
 from Bio.PDB import PDBParser, MMCIFParser
 from Bio.PDB.Polypeptide import is_aa
+from .model_io import atomic_write  # all-or-nothing writes (temporary file, fsync, rename)
 
 # %% auto #0
 __all__ = ['PDB_SUFFIXES', 'CIF_SUFFIXES', 'GENIE_SUFFIXES', 'BACKBONE_ATOMS', 'MAX_CA_GAP', 'MIN_SEGMENT_LEN', 'CACHE_VERSION',
@@ -305,25 +306,15 @@ def _fingerprint(files) -> list:
         except OSError: out.append({'path': str(f.absolute()), 'size': None, 'mtime_ns': None})
     return out
 
-def _atomic_write(path:Path, write): # `write(file_object)` fills the temporary file
-    "Write `path` via a temporary file in the same folder and `os.replace`."
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + '.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as fh: write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.remove(tmp)
-        raise
-
 # %% ../nbs/04_data.ipynb #adfbeb2e
 def _save_cache(cache_dir:Path, sources, settings, names, cas, summary):
     cache_dir.mkdir(parents=True, exist_ok=True)
     build_id = uuid.uuid4().hex
     offsets = np.cumsum([0] + [len(c) for c in cas]).astype(np.int64)                 # [k+1]
     coords = np.concatenate(cas).astype(np.float32) if cas else np.zeros((0, 3), np.float32)  # [N, 3]
-    _atomic_write(cache_dir/'proteinset.npz', lambda fh: np.savez(fh, coords=coords, offsets=offsets, build_id=np.array(build_id)))
+    atomic_write(cache_dir/'proteinset.npz', lambda fh: np.savez(fh, coords=coords, offsets=offsets, build_id=np.array(build_id)))
     index = dict(version=CACHE_VERSION, build_id=build_id, settings=settings, sources=sources, names=names, summary=asdict(summary))
-    _atomic_write(cache_dir/'proteinset.json', lambda fh: fh.write(json.dumps(index).encode()))
+    atomic_write(cache_dir/'proteinset.json', lambda fh: fh.write(json.dumps(index).encode()))
 
 def _load_cache(cache_dir:Path, sources, settings):
     "The cached `(names, cas, summary)` if the index matches `sources` and `settings`, else None."

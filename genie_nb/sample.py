@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_sampling.ipynb #642a7d2e
 from __future__ import annotations
-import csv, math, os, re, sys, time
+import csv, io, math, os, re, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -13,7 +13,7 @@ import matplotlib
 from fastcore.script import call_parse
 from .config import run_cli
 from .model import Genie
-from .model_io import load_model
+from .model_io import load_model, atomic_write
 from .data import save_genie_coords
 from .train import mix_seed
 
@@ -133,10 +133,6 @@ def sample(model:Genie|str|None=None, # a Genie, or a run name (with `rootdir`)
 from Bio.PDB import PDBIO
 from Bio.PDB.StructureBuilder import StructureBuilder
 
-def _atomic_text(path:Path, text:str):
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text); os.replace(tmp, path)
-
 def write_pdb(ca, # [n, 3] Cα coordinates
               path, # output .pdb file
               remarks:dict|None=None, # provenance written as REMARK lines
@@ -149,12 +145,11 @@ def write_pdb(ca, # [n, 3] Cα coordinates
     for i, xyz in enumerate(ca, 1):
         sb.init_residue(resname, ' ', i, ' ')
         sb.init_atom('CA', xyz, 1.0, 1.0, ' ', ' CA ', element='C')
-    io_ = PDBIO(); io_.set_structure(sb.get_structure())
-    import io as _io
-    buf = _io.StringIO(); io_.save(buf)
+    pdbio = PDBIO(); pdbio.set_structure(sb.get_structure())
+    buf = io.StringIO(); pdbio.save(buf)
     head = ''.join(f"REMARK 250 {k.upper()}: {v}\n" for k, v in (remarks or {}).items())
     path = Path(path)
-    _atomic_text(path, head + buf.getvalue())
+    atomic_write(path, lambda f: f.write((head + buf.getvalue()).encode()))
     return path
 
 # %% ../nbs/06_sampling.ipynb #71368b6c
@@ -185,9 +180,8 @@ def write_samples(samples:list, # `Sample`s to write
         rows[f"{s.name}.pdb"] = dict(file=f"{s.name}.pdb", length=s.length, index=s.index, seed=s.seed,
                                      seconds=f"{s.seconds:.3f}", noise_scale=noise_scale)
     ordered = sorted(rows.values(), key=lambda r: (int(r['length']), int(r['index'])))
-    import io as _io
-    buf = _io.StringIO(); w = csv.DictWriter(buf, _CSV_FIELDS, lineterminator='\n'); w.writeheader(); w.writerows(ordered)
-    _atomic_text(outdir/'samples.csv', buf.getvalue())
+    buf = io.StringIO(); w = csv.DictWriter(buf, _CSV_FIELDS, lineterminator='\n'); w.writeheader(); w.writerows(ordered)
+    atomic_write(outdir/'samples.csv', lambda f: f.write(buf.getvalue().encode()))
     return [outdir/f"{s.name}.pdb" for s in samples]
 
 # %% ../nbs/06_sampling.ipynb #f439d28d
