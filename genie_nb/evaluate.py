@@ -279,8 +279,11 @@ def load_chains(src,  # folder, file, list of files / arrays, or dict name -> fi
         p = Path(src)
         if not p.exists(): raise FileNotFoundError(f'{p}: no such file or folder')
         if p.is_dir():
-            src = sorted(f for f in p.iterdir() if _is_structure_file(f))
-            if not src: raise ValueError(f'{p}: no structure files (PDB, mmCIF or Genie .npy coordinates)')
+            files = sorted(f for f in p.iterdir() if _is_structure_file(f))
+            if not files: raise ValueError(f'{p}: no structure files (PDB, mmCIF or Genie .npy coordinates)')
+            # genie_sample writes each sample twice (X.pdb and the original's X.npy): count it once, from the PDB
+            structures = {f.name.split('.')[0] for f in files if file_kind(f) != 'genie'}
+            src = [f for f in files if file_kind(f) != 'genie' or f.name.split('.')[0] not in structures]
         else: src = [p]
     items = src.items() if isinstance(src, dict) else \
             [(Path(s).name if isinstance(s, (str, Path)) else f'sample_{i}', s) for i, s in enumerate(src)]

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_model_io.ipynb #a3ea4b5e
 from __future__ import annotations
-import collections, hashlib, os, pickle, random, re, secrets, warnings
+import collections, hashlib, importlib.resources, json, os, pickle, random, re, secrets, warnings
 from pathlib import Path
 import numpy as np
 import torch
@@ -305,7 +305,8 @@ def model_from_checkpoint(ckpt:dict, # a checkpoint dict (`load_checkpoint`)
     return model.eval()
 
 # %% ../nbs/03_model_io.ipynb #7db5aa3d
-DEFAULT_MODEL = None  # path of a run folder or checkpoint that `load_model()` loads when no model is named; none ships yet
+# the shipped model, loaded when no model is named (a run folder or file; None: naming a model is required)
+DEFAULT_MODEL = Path(str(importlib.resources.files('genie_nb')))/'default_model'/'genie_default.safetensors'
 
 def _candidates(rootdir, name:str, version:int|None, epoch:int|None) -> list:
     "The (version, epoch) pairs to try, best first; a `CheckpointNotFound` listing what exists if there are none."
@@ -358,8 +359,11 @@ def load_model(rootdir=None, # root folder of runs; or one path: a run folder, a
     "A trained Genie in eval mode, with `model.origin` saying where it came from."
     if rootdir is None and name is None:
         if DEFAULT_MODEL is None:
-            raise CheckpointNotFound("no model named, and genie_nb ships no default model yet (model_io.DEFAULT_MODEL is "
-                                     "None): call load_model(rootdir, name), or load_model(path) with a run folder or checkpoint")
+            raise CheckpointNotFound("no model named, and no default model is set (model_io.DEFAULT_MODEL is None): "
+                                     "call load_model(rootdir, name), or load_model(path) with a run folder or checkpoint")
+        if not Path(DEFAULT_MODEL).exists():
+            raise CheckpointNotFound(f"no model named, and the default model {DEFAULT_MODEL} is missing: reinstall genie_nb "
+                                     "(pip install -e .), or name a model: load_model(rootdir, name)")
         rootdir = DEFAULT_MODEL
     if rootdir is None or name is None: return _load_path(Path(rootdir if name is None else name), version, epoch, device, use_ema)
     cfg, damaged = load_config(rootdir, name), []
@@ -391,11 +395,15 @@ def apply_retention(ckpt_dir, keep_last:int=0, keep_every:int=0, protect=()) -> 
 
 # %% ../nbs/03_model_io.ipynb #06bb9a5f
 def export_safetensors(model:Genie, path) -> Path:
-    "Write the weights of `model` and its configuration text to a `.safetensors` file (atomically)."
+    "Write the weights of `model`, its configuration text and its `origin` to a `.safetensors` file (atomically)."
     from safetensors.torch import save
     model = _unwrap(model)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {'configuration': config_to_text(model.config, all_keys=True), 'genie_nb_version': __version__}
+    o = getattr(model, 'origin', None) or {}
+    origin = dict(name=o.get('name'), epoch=o.get('epoch'), global_step=o.get('global_step'), ema=bool(o.get('ema')),
+                  source_sha256=o.get('sha256'))
+    meta = {'configuration': config_to_text(model.config, all_keys=True), 'genie_nb_version': __version__,
+            'origin': json.dumps(origin)}
     atomic_write(path, lambda f: f.write(save(sd, metadata=meta)))
     return Path(path)
 
@@ -406,9 +414,11 @@ def import_safetensors(path, device='cpu') -> Genie:
     if not path.is_file(): raise CheckpointNotFound(f"no safetensors file {path}")
     try:
         with safe_open(str(path), framework='pt') as f: meta, sd = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+        origin = json.loads(meta.get('origin') or '{}')
     except Exception as e: raise CheckpointCorrupt(f"{path} is not a readable safetensors file ({_reason(e)})") from e
     if 'configuration' not in meta: raise CheckpointCorrupt(f"{path} has no 'configuration' in its metadata (not written by export_safetensors?)")
     model = model_from_checkpoint({'state_dict': sd}, parse_config(meta['configuration'], source=f'{path} (metadata)'), source=path)
-    model.origin = dict(rootdir=None, name=model.config.io.name, version=None, epoch=None, global_step=None,
-                        path=path, sha256=sha256_file(path), ema=False)
+    model.origin = dict(rootdir=None, name=model.config.io.name, version=None, epoch=origin.get('epoch'),
+                        global_step=origin.get('global_step'), path=path, sha256=sha256_file(path),
+                        ema=bool(origin.get('ema')), source_sha256=origin.get('source_sha256'))
     return model.to(device)

@@ -244,7 +244,7 @@ def _dist():
 
 # %% ../nbs/06_sampling.ipynb #ceb5eeaf
 @call_parse
-def genie_sample(name:str=None, # run name under ROOTDIR (-n); without it, `model_io.DEFAULT_MODEL` (none ships yet)
+def genie_sample(name:str=None, # run name under ROOTDIR (-n); without it, the default model shipped with genie_nb
                  rootdir:str='runs', # root folder of runs (-r)
                  version:int=None, # run version (-v); default: newest
                  epoch:int=None, # checkpoint epoch (-e); default: newest good one
@@ -255,7 +255,7 @@ def genie_sample(name:str=None, # run name under ROOTDIR (-n); without it, `mode
                  batch_size:int=5, # samples computed together
                  noise_scale:float=0.6, # λ, sampling temperature
                  seed:int=0, # base seed
-                 outdir:str=None, # output folder; default as the original
+                 outdir:str=None, # output folder; default as the original (genie_samples/genie_default for the shipped model)
                  device:str='cpu', # cpu or cuda
                  raw_weights:bool=False, # use raw weights even when the checkpoint has EMA weights
                  quiet:bool=False, # no progress bar

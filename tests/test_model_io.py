@@ -280,8 +280,20 @@ def test_load_model_selection_and_origin(tmp_path):
     assert (lone.origin['rootdir'], lone.origin['name'], lone.origin['epoch']) == (None, 'tiny', 1)
 
 
+def test_shipped_default_model():
+    "The model in the package loads with no arguments, is small, and is the one its model card describes."
+    m = load_model()
+    assert m.config.io.name == 'genie_default' and m.origin['ema'] and m.origin['path'] == mio.DEFAULT_MODEL
+    assert mio.DEFAULT_MODEL.stat().st_size <= 25e6
+    card = (mio.DEFAULT_MODEL.parent / 'MODEL_CARD.md').read_text()
+    assert sha256_file(mio.DEFAULT_MODEL) in card and f"epoch {m.origin['epoch']}" in card
+
+
 def test_no_model_named_and_default_hook(tmp_path, monkeypatch):
-    with pytest.raises(CheckpointNotFound, match='no model named'): load_model()
+    monkeypatch.setattr(mio, 'DEFAULT_MODEL', None)
+    with pytest.raises(CheckpointNotFound, match='no default model is set'): load_model()
+    monkeypatch.setattr(mio, 'DEFAULT_MODEL', tmp_path/'gone.safetensors')
+    with pytest.raises(CheckpointNotFound, match='gone.safetensors is missing: reinstall'): load_model()
     make_run(tmp_path)
     monkeypatch.setattr(mio, 'DEFAULT_MODEL', tmp_path/'tiny')
     assert load_model().origin['name'] == 'tiny'

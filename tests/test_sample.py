@@ -122,3 +122,17 @@ def test_sample_independent_of_batch_size_and_loaded_in_eval_mode(run):
     b = sample(model, lengths=[10, 11], num_samples=4, batch_size=1, seed=5, progress=False)
     for x, y in zip(a, b[:4]): np.testing.assert_allclose(x.ca, y.ca, atol=1e-5)
     assert all(np.isfinite(s.ca).all() for s in b)
+
+
+def test_default_model_without_a_name(tmp_path):
+    "No -n: genie_sample samples the model shipped in the package, and its backbones have a protein's Cα spacing."
+    from genie_nb.model_io import DEFAULT_MODEL, sha256_file
+    from genie_nb.evaluate import local_geometry
+    r = cli('--min_length', '48', '--max_length', '48', '--num_samples', '2', '--batch_size', '2', '--quiet', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / 'genie_samples' / 'genie_default'
+    assert sorted(p.name for p in out.glob('*.pdb')) == ['48_0.pdb', '48_1.pdb']
+    text = (out / '48_0.pdb').read_text()
+    assert 'REMARK 250 MODEL: genie_default' in text and f'REMARK 250 CHECKPOINT_SHA256: {sha256_file(DEFAULT_MODEL)}' in text
+    for p in out.glob('*.npy'):   # an untrained model scores about 0.02 here
+        assert local_geometry(np.loadtxt(p, delimiter=','))['frac_ca_ca_ok'] >= 0.9, p.name
