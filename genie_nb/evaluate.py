@@ -4,12 +4,17 @@
 
 # %% ../nbs/07_evaluation.ipynb #a1de0be0
 from __future__ import annotations
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
 from tmtools import tm_align
-from .data import load_ca, file_kind
+from fastcore.script import call_parse
+from .config import run_cli
+from .data import load_ca, file_kind, mdanalysis_chain_files
+from .model_io import atomic_write
 
 # %% auto #0
 __all__ = ['GEOM_BINS', 'PSEA', 'check_ca', 'ideal_helix', 'ideal_strand', 'random_walk', 'gaussian_cloud', 'ca_bond_lengths',
@@ -17,7 +22,7 @@ __all__ = ['GEOM_BINS', 'PSEA', 'check_ca', 'ideal_helix', 'ideal_strand', 'rand
            'rg_ratio', 'geometry_counts', 'geometry_histograms', 'js_divergence', 'reference_stats',
            'geometry_divergence', 'psea', 'helix_segments', 'secondary_structure', 'tm_score', 'pairwise_tm',
            'tm_clusters', 'max_tm_to_reference', 'load_chains', 'evaluate_chain', 'evaluate_folder', 'summary',
-           'plot_geometry', 'plot_rg', 'plot_tm_matrix']
+           'plot_geometry', 'plot_rg', 'plot_tm_matrix', 'Report', 'evaluate_report', 'genie_evaluate']
 
 # %% ../nbs/07_evaluation.ipynb #34ea8b4e
 def check_ca(ca,             # Cα coordinates, [L, 3] (Å)
@@ -414,3 +419,57 @@ def plot_tm_matrix(tm,                    # TM matrix [n, n] or an `evaluate_fol
         ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6); ax.set_yticks(range(len(labels)), labels, fontsize=6)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/07_evaluation.ipynb #a5fca9fd
+@dataclass
+class Report:
+    "What `evaluate_report` returns."
+    table: pd.DataFrame    # one row per sample (`evaluate_folder`)
+    summary: pd.DataFrame  # one row per metric (`summary`)
+    figures: dict          # 'geometry', 'rg' and (with TM-scores) 'tm_matrix' -> matplotlib Figure
+
+def evaluate_report(samples,              # folder, files, list of [L, 3] arrays or dict name -> file/array
+                    reference=None,       # training chains (same forms): novelty, and the real distributions by default
+                    real=None,            # real chains for the reference histograms and Rg (default: `reference`)
+                    out=None,             # folder for per_sample.csv, summary.csv and the figures; None writes nothing
+                    tm:bool=True,         # pairwise TM-scores, clusters and the TM matrix figure
+                    label:str='samples',  # legend label of the samples in the geometry figure
+                   ) -> Report:
+    "Evaluate a set of backbones: per-sample table, summary and figures, optionally written to `out`."
+    names, cas = load_chains(samples)
+    real = real if real is not None else reference
+    ref_stats = reference_stats(load_chains(real)[1]) if real is not None else None
+    df = evaluate_folder(dict(zip(names, cas)), reference=reference, ref_stats=ref_stats, tm=tm)
+    figs = {'geometry': plot_geometry(cas, ref_stats, label), 'rg': plot_rg(df, ref_stats)}
+    if tm: figs['tm_matrix'] = plot_tm_matrix(df, labels=None if len(df) <= 30 else [])
+    rep = Report(df, summary(df), figs)
+    if out is not None:
+        out = Path(out)
+        csv = lambda t, **kw: (lambda f: f.write(t.to_csv(float_format='%.4g', **kw).encode()))
+        atomic_write(out/'per_sample.csv', csv(df.drop(columns='cluster', errors='ignore'), index=False))
+        atomic_write(out/'summary.csv', csv(rep.summary))
+        for k, fig in figs.items(): atomic_write(out/f'{k}.png', lambda f: fig.savefig(f, format='png', dpi=120))
+    return rep
+
+@call_parse
+def genie_evaluate(samples:str, # folder (or file) of generated backbones: PDB, mmCIF or Genie .npy coordinate files
+                   reference:str=None, # folder of training chains: novelty (best TM-score to them) and real distributions
+                   real:str=None, # folder of real chains for the reference distributions (default: REFERENCE)
+                   mdanalysis:bool=False, # use the 50 real chains of MDAnalysisTests as REAL
+                   out:str=None, # where the table and figures go; default: SAMPLES/evaluation
+                   no_tm:bool=False, # skip pairwise TM-scores among the samples (the slow part for many samples)
+                  ):
+    "Evaluate generated backbones: local geometry, clashes, compactness, secondary structure, diversity, novelty."
+    src = Path(samples)
+    if mdanalysis: real = mdanalysis_chain_files()
+    out = Path(out) if out else (src/'evaluation' if src.is_dir() else src.parent/f'{src.name}.evaluation')
+    rep = evaluate_report(src, reference=reference, real=real, out=out, tm=not no_tm)
+    plt.close('all')
+    print(rep.summary.to_string(float_format=lambda v: f'{v:.3g}'))
+    print(f'{len(rep.table)} samples evaluated -> {out}', file=sys.stderr)
+    return rep
+
+def _cli():
+    "Entry point of the `genie_evaluate` command."
+    run_cli(genie_evaluate)
+

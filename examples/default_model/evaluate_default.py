@@ -4,7 +4,8 @@ Samples 10 backbones at each of 10 lengths from 50 to 128 (noise scale 0.6, seed
 freshly initialised model of the same configuration, evaluates them with `genie_nb.evaluate`, and writes to OUT:
 `summary.csv` / `summary.md` (one column per set, the targets, pass/fail), `per_sample_<set>.csv`, the figures
 `geometry.png`, `rg.png`, `tm_matrix.png`, and `provenance.json` (command, date, model SHA-256, genie_nb version and
-git commit, timings). Samples and their evaluations are written to WORKDIR and reused by a rerun (the evaluation
+git commit, timings). When it evaluates the shipped model it also writes the model card
+`genie_nb/default_model/MODEL_CARD.md` from `MODEL_CARD.template.md`, so the card's numbers are the file's own. Samples and their evaluations are written to WORKDIR and reused by a rerun (the evaluation
 only while the files it read are unchanged); `--only untrained` prepares the untrained and real columns alone.
 
     python examples/default_model/make_chains.py chains          # the training / held-out chains
@@ -18,6 +19,7 @@ import matplotlib.pyplot as plt
 from fastcore.script import call_parse
 from genie_nb import __version__
 from genie_nb.model import Genie
+from genie_nb.model_io import DEFAULT_MODEL
 from genie_nb.sample import load_model, sample, write_samples, done_samples
 from genie_nb.evaluate import (evaluate_folder, summary, load_chains, reference_stats, plot_geometry, plot_rg,
                                plot_tm_matrix, max_tm_to_reference)
@@ -58,6 +60,33 @@ def markdown(table:pd.DataFrame) -> str:
     rows += [[str(k), *(fmt(v) for v in r)] for k, r in zip(table.index, table.itertuples(index=False))]
     return '\n'.join('| ' + ' | '.join(r) + ' |' for r in rows)
 
+HERE = Path(__file__).parent
+
+def missed_targets(table:pd.DataFrame, targets:dict) -> str:
+    "The targets the trained model misses, each with its value and by how much, for the model card."
+    out = []
+    for k, (op, thr) in targets.items():
+        v = table.loc[k, 'trained']
+        if table.loc[k, 'trained meets target'] != 'NO': continue
+        gap = abs(v - thr) - 0.15 if op.startswith('within') else abs(v - thr)
+        out.append(f'{k} is {v:.3g} (target {op} {thr:.3g}; off by {gap:.3g})')
+    return '; '.join(out) if out else 'none'
+
+def write_card(model, table:pd.DataFrame, targets:dict, md_table:str, date:str, n_train:int, export_flags:str=''):
+    "Fill `MODEL_CARD.template.md` with the shipped file's facts, its training log and this evaluation."
+    path, o = Path(model.origin['path']), model.origin
+    m = pd.read_csv(HERE/'metrics.csv')
+    tl = m.train_loss.dropna()
+    hours = m.elapsed_s.max() / 3600
+    card = (HERE/'MODEL_CARD.template.md').read_text().format(
+        file_mb=f'{path.stat().st_size/1e6:.2f}', sha256=o['sha256'], weights='EMA weights' if o['ema'] else 'raw weights',
+        epoch=o['epoch'], step=o['global_step'], n_params=f'{sum(p.numel() for p in model.parameters()):,}',
+        wall=f'{hours:.2f} h of training ({int(m.step.max()):,} steps)', hours=f'{hours:.1f}', n_train=n_train,
+        export_flags=export_flags, loss_first=tl.iloc[0], loss_last=tl.iloc[-1], evaltable=md_table, eval_date=date,
+        missed=missed_targets(table, targets))
+    (path.parent/'MODEL_CARD.md').write_text(card)
+    return path.parent/'MODEL_CARD.md'
+
 def git_commit() -> str:
     try: return subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True, check=True,
                                cwd=Path(__file__).parent).stdout.strip()
@@ -71,6 +100,7 @@ def main(chains:str='chains', # folder written by make_chains.py (train/ and hol
          n_per_length:int=10, # samples per length (10 lengths)
          seed:int=0, # sampling seed
          only:str=None, # 'untrained': prepare (sample and evaluate) the untrained and real columns only, write no table
+         export_flags:str='', # the flags export_default.py was given, for the model card's command (e.g. ' --epoch 399')
         ):
     t_start = time.time()
     out, work, chains = Path(out), Path(workdir), Path(chains)
@@ -122,6 +152,8 @@ def main(chains:str='chains', # folder written by make_chains.py (train/ and hol
     md = [f"# Evaluation of the default model\n", f"`{prov['command']}`  \n{prov['date']}, model SHA-256 `{sha}`, "
           f"genie_nb {__version__} (commit {prov['git_commit'][:12]})\n", markdown(table)]
     (out/'summary.md').write_text('\n'.join(md) + '\n')
+    if Path(trained.origin['path']).resolve() == Path(DEFAULT_MODEL).resolve():
+        print(f"wrote {write_card(trained, table, targets, markdown(table), prov['date'][:10], len(train_cas), export_flags)}", file=sys.stderr)
     # figures
     fig = plot_geometry(load_chains(files['trained'])[1], ref, 'trained')
     fig.savefig(out/'geometry.png', dpi=120); plt.close(fig)

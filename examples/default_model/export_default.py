@@ -1,4 +1,4 @@
-"""Ship a trained run as genie_nb's default model: its EMA weights (or raw ones if it has none) and configuration go to
+"""Ship a trained run as genie_nb's default model: its EMA weights (or raw ones: --raw_weights) and configuration go to
 `genie_nb/default_model/genie_default.safetensors`; the run's `metrics.csv` and loss curve go next to this script.
 
     python examples/default_model/export_default.py runs            # newest version, newest good checkpoint
@@ -17,8 +17,9 @@ def main(rootdir:str, # runs folder of the training run
          version:int=None, # default: newest
          epoch:int=None, # default: newest good checkpoint
          dest:str=str(DEFAULT_MODEL), # where the safetensors file goes
+         raw_weights:bool=False, # ship the raw weights even when the checkpoint has EMA weights
         ):
-    model = load_model(rootdir, name, version=version, epoch=epoch)
+    model = load_model(rootdir, name, version=version, epoch=epoch, use_ema=False if raw_weights else None)
     o = model.origin
     path = export_safetensors(model, dest)
     vdir = Path(rootdir)/name/f"version_{o['version']}"
