@@ -399,7 +399,9 @@ def plot_rg(df:pd.DataFrame,           # `evaluate_folder` table
     ax.plot(n, rg_trend(n), 'k-', label='2.2·N$^{0.38}$')
     ax.fill_between(n, 0.75 * rg_trend(n), 1.25 * rg_trend(n), color='k', alpha=0.1, label='±25 %')
     if ref is not None: ax.scatter(ref['length'], ref['rg'], s=8, c='grey', label='real')
-    ax.scatter(df.length, df.rg, s=12, c=np.where(df.rg_ok, 'tab:blue', 'tab:red'), label='samples')
+    ok = df.rg_ok.values.astype(bool)
+    ax.scatter(df.length[ok], df.rg[ok], s=12, c='tab:blue', label='samples, within ±25 %')
+    if (~ok).any(): ax.scatter(df.length[~ok], df.rg[~ok], s=12, c='tab:red', label='samples, outside')
     ax.set_xlabel('length N'); ax.set_ylabel('Rg (Å)'); ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
