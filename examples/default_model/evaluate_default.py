@@ -106,6 +106,9 @@ def main(chains:str='chains', # folder written by make_chains.py (train/ and hol
     t_start = time.time()
     out, work, chains = Path(out), Path(workdir), Path(chains)
     out.mkdir(parents=True, exist_ok=True)
+    for sub in ('train', 'holdout'):
+        if not any((chains/sub).glob('*.npy')):
+            sys.exit(f'{chains/sub}: no chain files (*.npy); write them with: python examples/default_model/make_chains.py {chains}')
     trained = load_model(model) if model else load_model()
     torch.manual_seed(seed)
     untrained = Genie(trained.config).eval()
@@ -118,7 +121,9 @@ def main(chains:str='chains', # folder written by make_chains.py (train/ and hol
     tables, timing, files = {}, {}, {}
     for label, m in (('trained', trained), ('untrained', untrained)):
         if only == 'untrained' and label == 'trained': continue
+        n_before = len(list((work/label).glob('*.pdb')))
         files[label], timing[f'sampling_{label}_s'] = draw(m, work/label, n_per_length, seed, label)
+        timing[f'samples_reused_{label}'] = n_before   # samples found in WORKDIR from an earlier run: not timed here
         t0 = time.time()
         # TM-align needs ~0.36 s per pair on an untrained model's exploded clouds (0.015 s on chains): its ~10,000
         # TM-scores would take an hour and mean nothing (TM-scores of non-chains are ~0.02), so they are left out
