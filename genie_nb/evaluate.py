@@ -439,9 +439,10 @@ def evaluate_report(samples,              # folder, files, list of [L, 3] arrays
                    ) -> Report:
     "Evaluate a set of backbones: per-sample table, summary and figures, optionally written to `out`."
     names, cas = load_chains(samples)
-    real = real if real is not None else reference
-    ref_stats = reference_stats(load_chains(real)[1]) if real is not None else None
-    df = evaluate_folder(dict(zip(names, cas)), reference=reference, ref_stats=ref_stats, tm=tm)
+    refs = load_chains(reference)[1] if reference is not None else None       # read once, used twice
+    real_cas = refs if real is None else load_chains(real)[1]
+    ref_stats = reference_stats(real_cas) if real_cas is not None else None
+    df = evaluate_folder(dict(zip(names, cas)), reference=refs, ref_stats=ref_stats, tm=tm)
     figs = {'geometry': plot_geometry(cas, ref_stats, label), 'rg': plot_rg(df, ref_stats)}
     if tm: figs['tm_matrix'] = plot_tm_matrix(df, labels=None if len(df) <= 30 else [])
     rep = Report(df, summary(df), figs)
